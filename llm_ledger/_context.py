@@ -74,8 +74,10 @@ def _said_elsewhere(lens_key: str) -> None:
         "context copies of their own (a sync generator run step by step in a thread pool: a web "
         "framework's dependency or streaming response body?), so the calls of its later steps counted in "
         "no run of it. Open the lens where its calls are made: with llm_ledger.lens(...) in the handler "
-        "or an async def, or on the generator as a decorator (llm_ledger.lens(...)(generator_function)), "
-        "which keeps each of its steps in the lens",
+        "or an async def (for a dependency: an async generator, whose lens the handler's calls count "
+        "in); a generator that makes the calls itself (a response body) can take it as a decorator "
+        "(llm_ledger.lens(...)(generator_function)), which keeps each of its steps in the lens, but not "
+        "the calls made between its steps (a dependency's handler)",
         lens_key,
     )
 

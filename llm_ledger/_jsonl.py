@@ -260,6 +260,8 @@ class JsonlFileHandler(logging.Handler):
         self._bytes += len(item)
         started = self._started
         if started is None:  # the first line of a batch
+            if _Sigterm.recheck and threading.current_thread() is threading.main_thread():
+                _recheck_after_fork()
             # a record made after close(), at exit (a stream's finalizer): no writer is left; or after a
             # SIGTERM passed on to the application's handler, which may end the process past every hook
             if self._closed or _Sigterm.passed_on:
@@ -730,6 +732,9 @@ class _Sigterm:
     # a process multiprocessing started, where SIGTERM keeps its default action: lines are written
     # at once by the call that makes them (unless another thread or process is writing the file)
     default = False
+    wanted = False  # configure() asked for the ledger's handler (handle_sigterm)
+    # a child forked then, whose first batch on the main thread puts it back (see _recheck_after_fork)
+    recheck = False
 
 
 class _PassOn:
@@ -763,16 +768,20 @@ def handle_sigterm_signal(on: bool) -> None:
     """With ``on``, install ``_on_sigterm`` for SIGTERM where it has its default action, or wrap the
     application's handler in ``_PassOn``; else take either out again where it is still installed.
     Only the main thread can do either (a warning says so)."""
-    if on and _in_multiprocessing_child():
-        _Sigterm.default, on = True, False
+    _Sigterm.wanted = on
+    child = on and _in_multiprocessing_child()
+    if child:
+        _Sigterm.default = True
     try:
         current = signal.getsignal(signal.SIGTERM)
         ours = current is _on_sigterm or type(current) is _PassOn
-        if on and current is signal.SIG_DFL:
+        if on and not child and current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
         elif on and callable(current) and not ours:
+            # also in a multiprocessing child whose own handler is there already: a `uvicorn --workers`
+            # worker (spawned by multiprocessing) installs uvicorn's before it imports the application
             signal.signal(signal.SIGTERM, _PassOn(current))
-        elif not on and ours:
+        elif (not on or child) and ours:
             signal.signal(signal.SIGTERM, current.handler if type(current) is _PassOn else signal.SIG_DFL)
     except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
         if on:
@@ -814,8 +823,20 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _after_fork_in_child() -> None:
     _Sigterm.pending = _Sigterm.stopping = _Sigterm.passed_on = False
+    _Sigterm.recheck = _Sigterm.wanted
     for handler in list(_handlers):
         handler._after_fork_in_child()
+
+
+def _recheck_after_fork() -> None:
+    """A server's worker forked after ``configure()`` (gunicorn ``--preload``) has its master's SIGTERM
+    handler, or sets one anew, without calling it again: uvicorn's worker class resets it to the
+    default action, then its server installs its own and ends by raising SIGTERM with that default
+    action, past every exit hook, so the lines queued then died with it. The ledger's handler goes
+    back in (or wraps the server's), as ``configure()`` would have installed it in that worker."""
+    _Sigterm.recheck = False
+    if not _Sigterm.default:  # a multiprocessing child keeps what it has (see _in_multiprocessing_child)
+        handle_sigterm_signal(True)
 
 
 _fork_hook_registered = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -112,6 +113,78 @@ def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigte
     app = _service(fake_openai, "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\n")
     done, receiver = _received(app, tmp_path, LLM_LEDGER_LOG_DIR=log_dir)
     assert done.returncode == -15, done.stderr
+    spans = {
+        span.name
+        for body in receiver.bodies.get("/v1/traces", [])
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    }
+    assert spans == {"lens checkout_summary", "chat gpt-4o-mini"}
+    assert {"gen_ai.client.token.usage", "llm_ledger.cost"} <= _metric_names(receiver)
+
+
+def test_the_otlp_recipe_under_uvicorn_shut_down_in_its_lifespan_exports_once_without_a_warning(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The recipe in an ASGI app under plain `uvicorn app:app`, its providers (``tracer_provider``,
+    ``meter_provider``) shut down in its lifespan's shutdown as this page says, stopped by SIGTERM: the
+    spans reach the receiver, the process dies by SIGTERM, and nothing warns. uvicorn imports the app
+    before installing its own handler, so it raises SIGTERM into the ledger's after that shutdown; the
+    ledger exported into the shut-down exporters again, and the SDK said "Exporter already shutdown,
+    ignoring batch" at every stop. (The recipe named no ``meter_provider`` this page told to shut down.)"""
+    (tmp_path / "app.py").write_text(
+        recipe("**Sending to an OTLP endpoint**")
+        + textwrap.dedent(
+            f"""
+        import openai
+        base_url = {fake_openai.base_url!r}
+        client = llm_ledger.instrument(openai.AsyncOpenAI(api_key="sk-test", base_url=base_url))
+
+        async def app(scope, receive, send):
+            while scope["type"] == "lifespan":
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    with llm_ledger.lens("checkout_summary"):
+                        hi = [{{"role": "user", "content": "hi"}}]
+                        await client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+                    await send({{"type": "lifespan.startup.complete"}})
+                    print("returned", flush=True)
+                else:
+                    tracer_provider.shutdown()
+                    meter_provider.shutdown()  # the names this page gives them
+                    await send({{"type": "lifespan.shutdown.complete"}})
+                    return
+        """
+        )
+    )
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}"}
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app:app",
+        "--uds",
+        str(tmp_path / "app.sock"),
+        "--log-level",
+        "warning",
+    ]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "returned\n"
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.communicate()
+        receiver.shutdown()
+        receiver.server_close()
+    assert server.returncode == -signal.SIGTERM, stderr
+    assert "already shutdown" not in stderr, stderr
     spans = {
         span.name
         for body in receiver.bodies.get("/v1/traces", [])

@@ -424,6 +424,58 @@ def test_a_lens_entered_and_ended_in_context_copies_of_its_own_is_said_once(
     assert [r["summary"]["total_api_calls"] for r in records.lenses] == [0, 0, 0]
 
 
+def test_a_dependencys_lens_counts_the_handlers_calls_only_as_an_async_generator_as_the_warning_says(
+    client: openai.OpenAI,
+    monitor: llm_ledger.LLMCallMonitor,
+    records: Captured,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A web framework's generator dependency (FastAPI's Depends) opening a lens around a sync handler's
+    calls: as a sync generator (each step in a thread pool's copy of the request's context) it counts
+    none of them, decorated or not, since the handler runs between its steps, outside them; as an async
+    generator (stepped in the request's task, the handler in a copy of its context) it counts them. The
+    warning said to decorate the generator, which a dependency's author then did, to count nothing and
+    be told nothing more: it now names the async generator for a dependency."""
+
+    def handler() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    def sync_dependency() -> Generator[None]:
+        with monitor.lens("sync_dependency"):
+            yield
+
+    def decorated_dependency() -> Generator[None]:
+        yield
+
+    def solved_in_a_pool(dependency: Generator[None]) -> None:
+        def step() -> None:
+            next(dependency, None)
+
+        with ThreadPoolExecutor(2) as pool:
+            for work in (step, handler, step):  # its setup, the handler, its teardown: each in a copy
+                pool.submit(contextvars.copy_context().run, work).result()
+
+    async def async_dependency() -> Any:
+        with monitor.lens("async_dependency"):
+            yield
+
+    async def solved_in_the_task() -> None:
+        dependency = async_dependency()
+        await anext(dependency)
+        await asyncio.to_thread(handler)
+        await anext(dependency, None)
+
+    caplog.set_level(logging.WARNING, logger="llm_ledger.internal")
+    solved_in_a_pool(sync_dependency())
+    solved_in_a_pool(monitor.lens("decorated_dependency")(decorated_dependency)())
+    asyncio.run(solved_in_the_task())
+    counted = {r["context"]["lens_key"]: r["summary"]["total_api_calls"] for r in records.lenses}
+    assert counted == {"sync_dependency": 0, "decorated_dependency": 0, "async_dependency": 1}
+    (told,) = [r.getMessage() for r in caplog.records if r.name == "llm_ledger.internal"]
+    assert "lens 'sync_dependency' ended in another context" in told
+    assert "a dependency: an async generator" in told
+
+
 def test_a_lens_left_on_another_thread_is_no_parent_of_later_runs_on_the_first(
     client: openai.OpenAI, monitor: llm_ledger.LLMCallMonitor, records: Captured
 ) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm_ledger import _jsonl
+from llm_ledger.testing import FakeOpenAI
 from tests import warm_python
 from tests.reliability_helpers import child_env, read_lines, record_figures
 from tests.writing_children import WHILE_WRITING_EXIT_TIMEOUT_S
@@ -195,6 +200,115 @@ def test_a_server_that_raises_sigterm_again_after_its_graceful_shutdown_loses_no
     status, output = _end(child)
     assert status == -signal.SIGTERM, output
     _assert_every_record(read_lines(tmp_path / "llm_calls.jsonl"), CALLS + 10, LENSES + 1)
+
+
+_UVICORN_APP = """
+import os
+
+import llm_ledger
+import openai
+
+llm_ledger.configure(log_dir=os.environ["APP_LOG_DIR"])
+client = llm_ledger.instrument(openai.AsyncOpenAI(api_key="sk-test", base_url=os.environ["APP_BASE_URL"]))
+
+
+async def app(scope, receive, send):  # a bare ASGI app: its calls made at start-up, then it serves
+    while scope["type"] == "lifespan":
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            for run in range(5):
+                with llm_ledger.lens("startup", worker=os.getpid()):
+                    for i in range(4):
+                        hi = [{"role": "user", "content": f"hi {run} {i}"}]
+                        await client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            await send({"type": "lifespan.startup.complete"})
+            print("returned", flush=True)
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+"""
+
+
+# a uvicorn worker started as `uvicorn --workers` starts each (multiprocessing's spawn, then
+# Server(config).run(), which installs uvicorn's SIGTERM handler before it imports the application),
+# without the supervisor, whose health checks replace a worker slow to answer on a loaded machine
+_SPAWNED_UVICORN_WORKER = """
+import multiprocessing, sys
+import uvicorn
+
+def worker():
+    uvicorn.Server(uvicorn.Config("app:app", uds=sys.argv[1], lifespan="on", log_level="warning")).run()
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=worker)
+    process.start()
+    print(process.pid, flush=True)
+    process.join()
+"""
+
+
+def _served(command: list[str], tmp_path: Path, fake_openai: FakeOpenAI) -> subprocess.Popen[bytes]:
+    """``command`` run in tmp_path, serving _UVICORN_APP, in a process group of its own."""
+    (tmp_path / "app.py").write_text(_UVICORN_APP)
+    env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """Whatever the test's outcome, nothing of the server's left running (its workers hold its pipes)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.communicate(timeout=60)
+
+
+def test_a_uvicorn_worker_stopped_by_sigterm_loses_no_record(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """A `uvicorn --workers` worker stopped by SIGTERM right after its calls, while another process
+    writes the file (its lock held): every record is written. The worker is a multiprocessing child
+    that installs uvicorn's handler before importing the application, which the ledger took for a pool
+    worker: it left that handler unwrapped, uvicorn ended by raising SIGTERM with its default action,
+    and the lines waiting for the lock died with the worker (37 of 180 in a trial service, two workers
+    stopped two seconds after their last request)."""
+    log = tmp_path / "llm_calls.jsonl"
+    log.touch()
+    (tmp_path / "serve.py").write_text(_SPAWNED_UVICORN_WORKER)
+    other = os.open(log, os.O_RDWR)  # another writer's descriptor: its lock excludes the worker's
+    server = _served([sys.executable, "serve.py", str(tmp_path / "app.sock")], tmp_path, fake_openai)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        worker = int(_said(server))
+        assert _said(server) == "returned"
+        os.kill(worker, signal.SIGTERM)
+        time.sleep(1)  # the worker is stopping: before the fix, past its end
+        fcntl.flock(other, fcntl.LOCK_UN)
+        server.wait(timeout=60)
+    finally:
+        os.close(other)
+        _stop_group(server)
+    workers = Counter(line["context"]["worker"] for line in read_lines(log))
+    assert workers == {worker: 20 + 5}, workers  # its calls and lenses
+
+
+def test_a_gunicorn_preloaded_uvicorn_worker_stopped_by_sigterm_loses_no_record(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """`gunicorn --preload -k uvicorn.workers.UvicornWorker`: configure() runs in the master, and the
+    worker it forks resets SIGTERM to its default action, then uvicorn installs its own handler and ends
+    by raising SIGTERM with that default action again, past every exit hook. Stopped right after its
+    calls, the worker writes every record: the lines queued then died with it (all 70 records of ten
+    requests in a trial service stopped a second after them)."""
+    command = [sys.executable, "-m", "gunicorn", "--preload", "--workers", "1", "--worker-class",
+               "uvicorn.workers.UvicornWorker", "--bind", f"unix:{tmp_path}/app.sock", "app:app"]  # fmt: skip
+    server = _served(command, tmp_path, fake_openai)
+    try:
+        assert _said(server) == "returned"
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    finally:
+        _stop_group(server)
+    workers = Counter(line["context"]["worker"] for line in read_lines(tmp_path / "llm_calls.jsonl"))
+    assert len(workers) == 1 and set(workers.values()) == {20 + 5}, workers
 
 
 def test_a_forked_child_terminated_by_sigterm_writes_its_records(tmp_path: Path) -> None:

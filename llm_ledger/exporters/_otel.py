@@ -185,7 +185,9 @@ def _providers(*, meters: bool) -> list[Any]:
 
 def _flush(provider: Any) -> None:
     flush = getattr(provider, "force_flush", None)  # the SDK's; the API's no-op providers have none
-    if callable(flush):
+    # not one the application shut down (plain uvicorn runs our handler after its lifespan's shutdown):
+    # the SDK's MeterProvider would export into its shut-down exporter, which warns
+    if callable(flush) and not getattr(provider, "_shutdown", False):
         try:
             flush()
         except Exception as exc:  # never in the way of the process's end
