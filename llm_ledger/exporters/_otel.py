@@ -154,8 +154,7 @@ def _release() -> None:
         # shorter than the export interval): one export more, which carries it at 0, so that the rise
         # to its count in the last one is one a rule on increase() counts, not a lone first point
         for provider in _providers(meters=True):
-            if not _shut_down(provider):  # its own shutdown exported them, at their counts
-                _flush(provider)
+            _flush(provider)  # unless shut down: its own shutdown exported them, at their counts
     for t in totals:
         t.release()
 
@@ -187,7 +186,7 @@ def _flush(provider: Any) -> None:
     flush = getattr(provider, "force_flush", None)  # the SDK's; the API's no-op providers have none
     # not one the application shut down (plain uvicorn runs our handler after its lifespan's shutdown):
     # the SDK's MeterProvider would export into its shut-down exporter, which warns
-    if callable(flush) and not getattr(provider, "_shutdown", False):
+    if callable(flush) and not _shut_down(provider):
         try:
             flush()
         except Exception as exc:  # never in the way of the process's end
