@@ -123,13 +123,6 @@ class _Call:
     around: tuple[LensRun, ...]
     answered: int | None = None  # the last HTTP status: a call failing after a 2xx answer was billed
     lost: int = 0  # attempts that may have been billed, usage unknown: the record's cost.attempts_left_out
-    # class defaults, set on a call only when they change (costing the others nothing)
-    client: Any = None  # with content capture only: its API key is scrubbed from the text
-    request_id: str | None = None
-    http_response: Any = None  # the last HTTP response, set by the client's response hook
-    ttft: float | None = None
-    content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
-    server: ServerShape | None = None
 
     def __init__(
         self,
@@ -145,11 +138,17 @@ class _Call:
         self.request = request
         # the context is never changed in place: copied into the record
         self.context, self.lenses = counted_in(current_context())
+        self.client: Any = None  # with content capture only: its API key is scrubbed from the text
         self.retries = retries  # None when the client's retries cannot be counted
+        self.request_id: str | None = None
         self.raw = raw  # the SDK's raw-response header: "true" or "stream" (with_*_response)
+        self.http_response: Any = None  # the last HTTP response, set by the client's response hook
+        self.ttft: float | None = None
         self.hide_usage = hide_usage  # the ledger asked a stream for usage on the caller's behalf
         # the process recording it (None once recorded): a call in flight at a fork is not the child's
         self.owner: str | None = _records._id_prefix
+        self.content: dict[str, Any] | None = None  # captured request content, scrubbed when recorded
+        self.server: ServerShape | None = None
         self.start_epoch = time.time()
         self.start_perf = time.perf_counter()
 
