@@ -67,7 +67,7 @@ def _text_and_images(content: Any) -> tuple[int, int]:
     chars = images = 0
     if isinstance(content, (list, tuple)):
         for part in content:
-            if not isinstance(part, Mapping):
+            if type(part) is not dict and not isinstance(part, Mapping):  # an ABC check costs a call
                 continue
             kind = part.get("type")
             if kind in _TEXT_PARTS:
@@ -162,14 +162,14 @@ def _parameter(shape: Any, key: str, value: Any) -> None:
             shape["stop_sequences"] = [value]
         elif isinstance(value, (list, tuple)) and all(type(v) is str for v in value):
             shape["stop_sequences"] = list(value)
-    elif isinstance(value, Mapping):
+    elif type(value) is dict or isinstance(value, Mapping):
         if key == "reasoning":  # the Responses API's {"effort": ...}; chat's reasoning_effort wins
             effort = value.get("effort")
             if type(effort) is str and shape["reasoning_effort"] is None:
                 shape["reasoning_effort"] = effort
         else:  # chat's response_format {"type": ...}, the Responses API's text {"format": {"type": ...}}
             found = value.get("format") if key == "text" else value
-            output = found.get("type") if isinstance(found, Mapping) else None
+            output = found.get("type") if type(found) is dict or isinstance(found, Mapping) else None
             if type(output) is str:
                 shape["output_type"] = output
             verbosity = value.get("verbosity") if key == "text" else None  # the Responses API's
@@ -191,7 +191,7 @@ def _input_shape(operation: str, body: Mapping[str, Any]) -> tuple[int | None, i
         elif isinstance(items, (list, tuple)):
             messages_count = 0
             for item in items:
-                if not isinstance(item, Mapping) or "role" not in item:
+                if (type(item) is not dict and not isinstance(item, Mapping)) or "role" not in item:
                     continue
                 messages_count += 1
                 chars, found = _text_and_images(item.get("content"))

@@ -61,6 +61,7 @@ C = TypeVar("C")
 _CUT_SHORT = frozenset({"length", "content_filter", "max_output_tokens", "incomplete"})
 _LAST_WORD = re.compile(r"\S+\Z")  # the last word of a text, unless a space follows it
 _NO_RESPONSE = cast(ResponseShape, dict.fromkeys(ResponseShape.__annotations__))  # nothing known
+_UNPRICED = (None, None, None, None)  # a call's (prompt cost, completion cost, source, priced at)
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _UNPRICED_NAMED = 100  # models with no price named one by one (as Prometheus' max_models), then no more
 _NO_PRICE = (
@@ -559,14 +560,11 @@ class LLMCallMonitor:
         server["provider"] = route.provider
         if route.reasoning_outside:  # Google, xAI: thinking tokens left out of completion_tokens
             usage = reasoning_in_completion(usage)
-        prompt_cost = completion_cost = total_cost = source = priced_at = None
         costs = self._price(route, response, call.request["model"], usage, call.start_epoch)
-        if costs is None:
-            if response["finish_reason"] in PENDING_STATUSES and call.operation == "responses":
-                _background.begun(self, call, response["id"])  # its end is recorded when a retrieve sees it
-        else:
-            prompt_cost, completion_cost, source, priced_at = costs
-            total_cost = prompt_cost + completion_cost
+        if costs is None and response["finish_reason"] in PENDING_STATUSES and call.operation == "responses":
+            _background.begun(self, call, response["id"])  # its end is recorded when a retrieve sees it
+        prompt_cost, completion_cost, source, priced_at = costs or _UNPRICED
+        total_cost = None if costs is None else costs[0] + costs[1]
         reported = reported_cost_units(usage_obj)  # the provider's own figure wins
         if reported is not None:
             total_cost = reported
@@ -575,16 +573,16 @@ class LLMCallMonitor:
         # billed per request (docs/PRICING.md, "Built-in tools")
         if "-search-" in (response["model"] or "") and call.operation == "chat":
             uses = response["tool_uses"] = {"web_search": 1}
-        record = call_record(
-            status=status,
-            operation=call.operation,
+        record = call_record(  # 8 by position: a call passing over 15 keywords builds a dict of them
+            status,
+            call.operation,
+            dict(call.context),
+            call.request,
+            response,
+            usage,
+            call.start_epoch,
+            duration,
             server=server,
-            context=dict(call.context),
-            request=call.request,
-            response=response,
-            usage=usage,
-            start_epoch=call.start_epoch,
-            duration_s=duration,
             ttft_s=call.ttft,
             prompt_cost_units=prompt_cost,
             completion_cost_units=completion_cost,
@@ -641,7 +639,7 @@ class LLMCallMonitor:
         if logger is not None:
             level = _LEVELNO[record["level"]]
             try:
-                if logger.isEnabledFor(level) and _heard(logger, level, self._upward):
+                if _heard(logger, level, self._upward) and logger.isEnabledFor(level):
                     # built directly: logger.log() would walk the stack to find the caller
                     log_record = _LedgerLogRecord(logger.name, level, "", 0, record, None, None)
                     if self._upward:

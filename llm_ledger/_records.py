@@ -304,7 +304,6 @@ def rounded_ms(seconds: float) -> float:
 
 
 def call_record(
-    *,
     status: Status,
     operation: str,
     context: dict[str, Any],
@@ -313,6 +312,7 @@ def call_record(
     usage: Usage,
     start_epoch: float,
     duration_s: float,
+    *,
     ttft_s: float | None,
     prompt_cost_units: int | None,
     completion_cost_units: int | None,

@@ -37,8 +37,6 @@ _MORE_PATTERNS: Final = ((re.compile(r"https://[a-z0-9-]+\.api\.openai\.com(?:[:
 # for none, so the caller gets what the bare SDK gets): Moonshot (Kimi) in the finishing chunk's
 # choices[0].usage, in OpenAI's usage chunk once asked. Known by the base URL, not the prices chosen
 _USAGE_UNASKED: Final = frozenset({"moonshotai"})
-# (scheme, netloc) -> (address, port); hosts are few (one per client base URL), the cap only guards a bug
-_cache: dict[tuple[str, bytes], tuple[str | None, int | None]] = {}
 
 
 def _address(url: Any) -> tuple[str | None, int | None]:
@@ -115,13 +113,7 @@ def server_of(url: Any) -> ServerShape:
 
     Its ``provider`` is the default; the monitor sets the one of the client's :class:`Endpoint`."""
     try:
-        key = (url.scheme, url.netloc)
-        found = _cache.get(key)
-        if found is None:
-            found = _address(url)
-            if len(_cache) < 1024:
-                _cache[key] = found
-        address, port = found
+        address, port = _address(url)  # no cache: its key (the URL's netloc) cost more than this
     except Exception:
         address = port = None
     return {"address": address, "port": port, "provider": DEFAULT_PROVIDER}
