@@ -65,12 +65,13 @@ _UNPRICED = (None, None, None, None)  # a call's (prompt cost, completion cost, 
 _LEVELNO = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 _UNPRICED_NAMED = 100  # models with no price named one by one (as Prometheus' max_models), then no more
 _NO_PRICE = (
-    "no price known for model %r at provider %r: its calls are recorded with null cost. Add it to a price "
-    "file (LLM_LEDGER_PRICE_FILE or configure(price_file=...))."
+    "llm-ledger: no price known for model %r at provider %r: its calls are recorded with null cost. Add "
+    "it to a price file (LLM_LEDGER_PRICE_FILE or configure(price_file=...))."
 )
 _NO_PRICES = (  # said once, past _UNPRICED_NAMED
-    f"no price known for model %r at provider %r either: over {_UNPRICED_NAMED} models have none, and the "
-    "next ones are not named (a model name made per request?). Their calls are recorded with null cost."
+    f"llm-ledger: no price known for model %r at provider %r either: over {_UNPRICED_NAMED} models have "
+    "none, and the next ones are not named (a model name made per request?). Their calls are recorded "
+    "with null cost."
 )
 
 # sinks of every monitor in the process (the pytest plugin's, testing.capture(every_monitor=True))

@@ -272,8 +272,8 @@ def test_an_unknown_model_costs_null_and_warns_once_per_model_and_provider(
     warnings = [r.getMessage() for r in internal_log.records if "no price known" in r.getMessage()]
     fix = "its calls are recorded with null cost. Add it to a price file (LLM_LEDGER_PRICE_FILE or configure("
     assert warnings == [
-        f"no price known for model 'acme-llm-7b' at provider 'openai': {fix}price_file=...)).",
-        f"no price known for model 'acme-llm-13b' at provider 'openai': {fix}price_file=...)).",
+        f"llm-ledger: no price known for model 'acme-llm-7b' at provider 'openai': {fix}price_file=...)).",
+        f"llm-ledger: no price known for model 'acme-llm-13b' at provider 'openai': {fix}price_file=...)).",
     ]
 
 
@@ -287,11 +287,13 @@ def test_models_with_no_price_are_named_up_to_a_hundred(
         client.chat.completions.create(model=f"acme-{n}", messages=HI)
     warnings = [r.getMessage() for r in internal_log.records if "no price known" in r.getMessage()]
     assert len(warnings) == 101
-    assert warnings[99].startswith("no price known for model 'acme-99' at provider 'openai': its calls")
+    assert warnings[99].startswith(
+        "llm-ledger: no price known for model 'acme-99' at provider 'openai': its calls"
+    )
     assert warnings[100] == (
-        "no price known for model 'acme-100' at provider 'openai' either: over 100 models have none, and "
-        "the next ones are not named (a model name made per request?). Their calls are recorded with null "
-        "cost."
+        "llm-ledger: no price known for model 'acme-100' at provider 'openai' either: over 100 models "
+        "have none, and the next ones are not named (a model name made per request?). Their calls are "
+        "recorded with null cost."
     )
     assert [c["cost"]["total_cost_usd"] for c in records.calls] == [None] * 120
 

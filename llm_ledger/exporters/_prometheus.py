@@ -355,8 +355,8 @@ class PrometheusSink:
         if new:
             labels = ", ".join(f"{name}={value!r}" for name, value in series.items())
             _internal_log.error(
-                "PrometheusSink could not update the series {%s}, so %d %s record(s) are missing from "
-                "its metrics: %s: %s. Every record lost this way is counted in "
+                "llm-ledger: PrometheusSink could not update the series {%s}, so %d %s record(s) are "
+                "missing from its metrics: %s: %s. Every record lost this way is counted in "
                 "llm_ledger_dropped_records_total{event=...}; this error is not logged again",
                 labels, count, event, *error, exc_info=unchained(exc),
             )  # fmt: skip
@@ -407,8 +407,8 @@ class PrometheusSink:
         except (OSError, ValueError) as exc:
             del self._shared[kind]
             _internal_log.warning(
-                "PrometheusSink could not share the %s label's cap with the other processes through "
-                "%s (%s); this process now caps its own %s values, so the total may exceed %d",
+                "llm-ledger: PrometheusSink could not share the %s label's cap with the other processes "
+                "through %s (%s); this process now caps its own %s values, so the total may exceed %d",
                 kind, path, exc, kind, cap,
             )  # fmt: skip
             return True
