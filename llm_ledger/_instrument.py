@@ -385,8 +385,8 @@ def instrument_client(monitor: LLMCallMonitor, client: C) -> C:
         # client (its log, sinks, budgets) must not do so silently; said once per client
         setattr(instance, _MOVED_ATTR, True)
         warn_internal(
-            "instrument(): this %s client was already instrumented by another monitor; it now reports "
-            "to the monitor instrumenting it last, and the other monitor no longer sees its calls "
+            "llm-ledger: instrument(): this %s client was already instrumented by another monitor; it now "
+            "reports to the monitor instrumenting it last, and the other monitor no longer sees its calls "
             "(instrument a separate client to watch calls with each)",
             cls.__name__,
         )
