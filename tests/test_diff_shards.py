@@ -5,6 +5,7 @@ file there that is not a report, is an error naming it."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
 from tests.plugin_helpers import cli, recorded_fixture, run, server_fixture, with_key_fixture
+from tests.test_diff_comment_size import write
+from tests.test_diff_fail_on_increase import report
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -125,3 +128,22 @@ def test_a_folder_or_glob_with_no_report_is_no_base_but_an_error_for_the_head(
         "of a sharded run's shards as a directory or a quoted glob, written by `pytest "
         "--llm-report=FILE.json`\n",
     )
+
+
+def test_a_comment_cut_to_fit_gives_the_command_for_the_whole_diff_with_the_glob_quoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """400 changed lenses over two shards: the line saying what the comment leaves out gives the
+    command that prints the whole diff with the shards' glob quoted, so a shell runs it as given."""
+    monkeypatch.chdir(tmp_path)
+    base, head = write(tmp_path, 400)
+    lenses = json.loads(Path(head).read_text())["lenses"]
+    for shard, names in enumerate((list(lenses)[:200], list(lenses)[200:]), start=1):
+        Path(f"head-{shard}.json").write_text(json.dumps(report({n: lenses[n] for n in names})))
+
+    result = cli(capsys, "diff", base, "head-*.json")
+
+    assert result.returncode == 0
+    assert f"The whole diff: `llm-ledger diff --format json {base} 'head-*.json'`._" in result.stdout
+    whole = cli(capsys, *shlex.split(f"diff --format json {base} 'head-*.json'"))
+    assert json.loads(whole.stdout)["lens_count"] == 400

@@ -1,7 +1,8 @@
 """``llm-ledger diff BASE.json HEAD.json``: what changed in calls, tokens and cost, lens by lens.
 
 Reads two ``--llm-report`` files (schema ``llm-ledger-report``, version 1) written by the pytest
-plugin, typically one from the base branch and one from the pull request, or with ``--logs`` two sets
+plugin, typically one from the base branch and one from the pull request (either may be a directory or
+a glob of a sharded run's reports, summed as one run's), or with ``--logs`` two sets
 of production logs (last week's and this week's, before and after a change), and prints a table per
 lens with base, head, delta and percent change. Lenses only in HEAD are marked new, lenses only in
 BASE removed; each lens also shows its runs and its cost per run, and calls made outside any lens
@@ -619,17 +620,20 @@ def register(subparsers: Any, summary: str) -> None:
         epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used\n\n"
         "examples:\n"
         "  llm-ledger diff base.json head.json                      two pytest --llm-report files\n"
+        "  llm-ledger diff base/ 'head-*.json'                      a sharded run's reports, each side\n"
         "  llm-ledger diff --logs logs/week45/ logs/week46/         two sets of production logs\n"
         "  llm-ledger diff --logs 'logs/llm_calls.jsonl-202611*' logs/llm_calls.jsonl --format text",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "base",
-        help="report of the base (e.g. the main branch; - for stdin), missing: every lens is new; with "
-        "--logs, its logs",
+        help="report of the base (e.g. the main branch; - for stdin; a directory or a quoted glob of a "
+        "sharded run's reports), missing: every lens is new; with --logs, its logs",
     )
     parser.add_argument(
-        "head", help="report of the head (e.g. the pull request; - for stdin); with --logs, its logs"
+        "head",
+        help="report of the head (e.g. the pull request; - for stdin; a directory or a quoted glob of a "
+        "sharded run's reports); with --logs, its logs",
     )
     parser.add_argument(
         "--logs",

@@ -5,6 +5,7 @@ message saying why ``--fail-on-increase`` failed. :mod:`._diff` reads the report
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
@@ -355,7 +356,8 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
     ]
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
     logs = "--logs " * bool(diff.get("logs"))
-    command = code(f"llm-ledger diff {logs}--format json {reports['base']} {reports['head']}")
+    paths = " ".join(shlex.quote(reports[side]) for side in ("base", "head"))  # a glob of shards: quoted
+    command = code(f"llm-ledger diff {logs}--format json {paths}")
     return (
         f"_To fit in a GitHub comment, this leaves out {', '.join(what[:-1])}{' and ' * (len(what) > 1)}"
         f"{what[-1]} (the smallest changes). The whole diff: {command}._"
