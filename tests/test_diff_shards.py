@@ -14,9 +14,11 @@ import pytest
 import vcr  # noqa: F401
 
 import llm_ledger  # noqa: F401
-from tests.plugin_helpers import cli, recorded_fixture, run, server_fixture, with_key_fixture
+from llm_ledger.testing import FakeOpenAI
+from tests.plugin_helpers import cli, recorded_fixture, run, server_fixture, with_key_fixture, write_project
 from tests.test_diff_comment_size import write
 from tests.test_diff_fail_on_increase import report
+from tests.test_report_cut_short import CUT_SHORT_TESTS, KEEP_CONFTEST
 
 pytestmark = pytest.mark.sdk_independent
 
@@ -147,3 +149,48 @@ def test_a_comment_cut_to_fit_gives_the_command_for_the_whole_diff_with_the_glob
     assert f"The whole diff: `llm-ledger diff --format json {base} 'head-*.json'`._" in result.stdout
     whole = cli(capsys, *shlex.split(f"diff --format json {base} 'head-*.json'"))
     assert json.loads(whole.stdout)["lens_count"] == 400
+
+
+# a lens on a model no price table knows: its cost leaves its calls out
+UNPRICED_TESTS = """
+import os
+
+import openai
+import pytest
+
+import llm_ledger as ledger
+
+
+@pytest.mark.llm
+def test_unpriced():
+    client = ledger.instrument(openai.OpenAI(base_url=os.environ["LEDGER_TEST_BASE_URL"], max_retries=0))
+    with client, ledger.lens("partly"):
+        client.chat.completions.create(model="acme-7b", messages=[{"role": "user", "content": "Hi"}])
+"""
+
+
+@pytest.mark.usefixtures("with_key")
+def test_runs_cut_short_and_calls_with_no_known_cost_are_carried_from_the_shards(
+    pytester: pytest.Pytester, server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lens with a run cut short in one shard and a call with no known cost in the other: the sharded
+    head is marked, flagged and checked as the whole run is (its runs cut short counted, its cost's
+    gap named)."""
+    write_project(pytester, CUT_SHORT_TESTS)
+    write_project(pytester, UNPRICED_TESTS, name="test_unpriced")
+    pytester.makeconftest(KEEP_CONFTEST)
+    assert run(pytester, "--llm-record-mode=once").ret == 0
+    run(pytester, "--llm-report=whole.json")
+    run(pytester, "-k", "cut_short", "--llm-report=shards/1.json")
+    run(pytester, "-k", "not cut_short", "--llm-report=shards/2.json")
+
+    one = cli(capsys, "diff", "whole.json", "whole.json", "--format", "json", "--fail-on-increase", "0")
+    sharded = cli(capsys, "diff", "whole.json", "shards", "--format", "json", "--fail-on-increase", "0")
+
+    assert sharded.returncode == one.returncode == 1  # the lens cut short cannot be checked
+    assert (
+        sharded.stdout.replace('"shards"', '"whole.json"').replace("(shards)", "(whole.json)") == one.stdout
+    )
+    partly = json.loads(sharded.stdout)["lenses"]["partly"]
+    assert partly["metrics"]["runs"]["head"] == 3 and partly["cut_short_runs"] == {"base": 1, "head": 1}
+    assert "no known price for model 'acme-7b' (1 call)" in partly["cost_gaps"]["head"]
