@@ -194,3 +194,25 @@ def test_runs_cut_short_and_calls_with_no_known_cost_are_carried_from_the_shards
     partly = json.loads(sharded.stdout)["lenses"]["partly"]
     assert partly["metrics"]["runs"]["head"] == 3 and partly["cut_short_runs"] == {"base": 1, "head": 1}
     assert "no known price for model 'acme-7b' (1 call)" in partly["cost_gaps"]["head"]
+
+
+def test_the_budgets_each_shard_enforced_are_shown_together(
+    recorded: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Budgets are enforced per shard: the head's budgets in the comment are each shard's limits
+    exceeded, one after the other, and the lenses that ran with no budget in any shard."""
+    (recorded.path / "budgets.yaml").write_text("lenses:\n  summary: {max_total_tokens: 5}\n")
+    run(recorded, "--llm-report=base.json")
+    for shard, select in ((1, "test_chat"), (2, "not test_chat")):
+        assert run(recorded, "--llm-budget", "-k", select, f"--llm-report=heads/{shard}.json").ret == 1
+
+    result = cli(capsys, "diff", "base.json", "heads")
+
+    budgets = result.stdout.split("**Budgets")[1].split("\n### ")[0].strip().splitlines()
+    assert budgets == [
+        "(budgets.yaml) in the head run: 2 limit(s) exceeded, 1 lens(es) with no budget:**",
+        "",
+        f"- lens `summary`: max_total_tokens 5, actual 28 (worst run `{CHAT}`)",
+        "- lens `summary`: max_total_tokens 5, actual 16 (worst run `tests/test_app.py::test_async`)",
+        "- lens `digest`: no budget (no entry under lenses, no default)",
+    ]
