@@ -146,19 +146,35 @@ def test_a_lens_whose_calls_missed_their_cassette_says_so_under_its_own_table(
     project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A changed prompt replayed without re-recording misses its cassette: the lens's tokens and cost
-    drop to 0, and its own table says why (failed calls), not only a warning at the top."""
+    drop to 0, and its own table says why (failed calls), not only a warning at the top; its name is
+    marked, in the Markdown's table of costs per run too, with a line saying its cost per run reads low
+    (the run counts, its missed call costs nothing)."""
     base = project.report("base.json")
     head = project.report("head.json", record=False, PROMPT_SUMMARY="Summarise it in three lines")
 
     status, out, _ = diff(capsys, base, head, "--format", "text")
+    markdown = diff(capsys, base, head)[1]
 
     assert status == 0
-    summary = out.split("lens summary\n")[1].split("\nlens ")[0]
+    summary = out.split("lens summary (failed calls in head)\n")[1].split("\nlens ")[0]
     assert summary.splitlines()[-1] == (
         "  head: 1 failed call(s) (cassette misses or API errors) in tests/test_app.py::test_summary; one "
         "that got no answer counts no tokens or cost"
     )
     assert "failed call" not in out.split("lens tags")[1].split("\ntotal")[0]
+    assert "\ntotal\n" in out  # the total has no cost per run to mark
+    note = (
+        "failed calls in base / head: calls of the lens failed in that report's run (cassette misses or API "
+        "errors); one that got no answer counts no tokens or cost while its lens run still counts, so the "
+        "cost per run there reads low"
+    )
+    assert out.splitlines()[-1] == note
+    table = markdown.split("| lens | cost per run")[1].split("\n\n")[0].splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| `summary` (failed calls in head)",
+        "| `tags` (unchanged)",
+    ]
+    assert markdown.split(f"{table[-1]}\n\n")[1].splitlines()[0] == f"_{note}_"  # under the table
 
 
 def test_a_lens_whose_tests_did_not_run_is_not_passed_off_as_removed(

@@ -1,7 +1,8 @@
 """``llm-ledger diff BASE.json HEAD.json``: what changed in calls, tokens and cost, lens by lens.
 
 Reads two ``--llm-report`` files (schema ``llm-ledger-report``, version 1) written by the pytest
-plugin, typically one from the base branch and one from the pull request, or with ``--logs`` two sets
+plugin, typically one from the base branch and one from the pull request (either may be a directory or
+a glob of a sharded run's reports, summed as one run's), or with ``--logs`` two sets
 of production logs (last week's and this week's, before and after a change), and prints a table per
 lens with base, head, delta and percent change. Lenses only in HEAD are marked new, lenses only in
 BASE removed; each lens also shows its runs and its cost per run, and calls made outside any lens
@@ -17,7 +18,9 @@ the reports and computes the diff; :mod:`._render_diff` writes it.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -30,8 +33,9 @@ from .._records import CALL_EVENT, LENS_EVENT
 from .._table import code
 from ..loading import join, read_file, shown, strict_loads
 from ._aggregate import EVENTS, CostRow, aggregate, as_text, make_query
-from ._read import COSTS_JSON, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, warn_unread
+from ._read import COSTS_JSON, GLOB_CHARS, PERIODS, REPORT_SCHEMA, STDIN, LogReader, missing, warn_unread
 from ._render_diff import COSTS, DIFF_METRICS, FORMATS, Flag, exit_message, plain, render
+from ._shards import merge_reports
 from ._usage import COUNTS, NO_ANSWER, NO_LENS, _epoch, cost_gaps, failed_calls, model_name
 
 __all__ = ["DIFF_METRICS", "diff_reports", "increases", "load_logs", "load_report", "register", "render"]
@@ -122,6 +126,31 @@ def load_report(path: str | Path) -> dict[str, Any]:
                 "(it would read as 0); write the report again with `pytest --llm-report`"
             )
     return data
+
+
+def load_reports(name: str) -> dict[str, Any]:
+    """The report ``name`` is, or the one report of a sharded run (:func:`merge_reports`) when it is a
+    directory or a glob of the shards' reports (:func:`_reports_in`), each checked by :func:`load_report`."""
+    files = _reports_in(name)
+    if not files and (os.path.isdir(name) or GLOB_CHARS & set(name)):
+        where = "holds no report (no *.json file)" if os.path.isdir(name) else "matches no file"
+        raise ConfigError(
+            f"{name!r} {where}; give a report, or the reports of a sharded run's shards as a directory or a "
+            "quoted glob, written by `pytest --llm-report=FILE.json`"
+        )
+    if len(files) <= 1:
+        return load_report(files[0] if files else name)  # no file: its error says so
+    return merge_reports([(file, load_report(file)) for file in files])
+
+
+def _reports_in(name: str) -> list[str]:
+    """The report files ``name`` names: itself, a directory's ``*.json`` files (its subdirectories' too:
+    shards' artifacts downloaded each into its own), or a glob's matches; none when nothing has the name."""
+    if os.path.isdir(name):
+        return sorted(str(path) for path in Path(name).rglob("*.json") if path.is_file())
+    if GLOB_CHARS & set(name) and not os.path.exists(name):
+        return sorted(match for match in glob.glob(name, recursive=True) if os.path.isfile(match))
+    return [] if name != STDIN and missing(name) else [name]
 
 
 def load_logs(path: str) -> dict[str, Any]:
@@ -521,8 +550,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "BASE and HEAD are both - (stdin), which can be read once; give one of them as a file"
         )
-    load = load_logs if args.logs else load_report
-    base = load(args.base) if args.logs or args.base == STDIN or not missing(args.base) else None
+    load = load_logs if args.logs else load_reports
+    base = load(args.base) if args.logs or _reports_in(args.base) else None
     if base is None and args.require_base:
         raise ConfigError(
             f"{args.base}: report not found (--require-base); the base branch's test run wrote none: see "
@@ -591,17 +620,20 @@ def register(subparsers: Any, summary: str) -> None:
         epilog="exit status: 0 compared, 1 --fail-on-increase exceeded, 2 a report could not be used\n\n"
         "examples:\n"
         "  llm-ledger diff base.json head.json                      two pytest --llm-report files\n"
+        "  llm-ledger diff base/ 'head-*.json'                      a sharded run's reports, each side\n"
         "  llm-ledger diff --logs logs/week45/ logs/week46/         two sets of production logs\n"
         "  llm-ledger diff --logs 'logs/llm_calls.jsonl-202611*' logs/llm_calls.jsonl --format text",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "base",
-        help="report of the base (e.g. the main branch; - for stdin), missing: every lens is new; with "
-        "--logs, its logs",
+        help="report of the base (e.g. the main branch; - for stdin; a directory or a quoted glob of a "
+        "sharded run's reports), missing: every lens is new; with --logs, its logs",
     )
     parser.add_argument(
-        "head", help="report of the head (e.g. the pull request; - for stdin); with --logs, its logs"
+        "head",
+        help="report of the head (e.g. the pull request; - for stdin; a directory or a quoted glob of a "
+        "sharded run's reports); with --logs, its logs",
     )
     parser.add_argument(
         "--logs",

@@ -5,6 +5,7 @@ message saying why ``--fail-on-increase`` failed. :mod:`._diff` reads the report
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
@@ -234,7 +235,23 @@ def _mark(row: dict[str, Any], names: Names) -> str:
     if row.get("renamed_from") is not None:
         said.append(f"renamed from {names(row['renamed_from'])}?")
     said += ["cut short"] * bool(row["cut_short_runs"])
+    failed = [side for side in ("base", "head") if side in row["failed_calls"]]
+    if failed and "runs" in row["metrics"]:  # a lens: its cost per run reads low (_FAILED_NOTE)
+        said.append(f"{_FAILED} in {' and '.join(failed)}")
     return f" ({'; '.join(said)})" if said else ""
+
+
+_FAILED: Final = "failed calls"  # the mark of a lens whose calls failed, on a side: _FAILED_NOTE says why
+_FAILED_NOTE: Final = (
+    f"{_FAILED} in base / head: calls of the lens failed in that report's run (cassette misses or API "
+    "errors); one that got no answer counts no tokens or cost while its lens run still counts, so the "
+    "cost per run there reads low"
+)
+
+
+def _failed_note(diff: dict[str, Any]) -> list[str]:
+    """The line saying what the mark of a lens with failed calls means, when a lens has it."""
+    return [_FAILED_NOTE] if any(row["failed_calls"] for row in diff["lenses"].values()) else []
 
 
 # GitHub refuses a comment longer than this (in characters); the Markdown keeps some room under it
@@ -272,6 +289,7 @@ def _markdown(diff: dict[str, Any]) -> str:
         cells = [f"{label}{_mark(row, code)}", *next(r[1:] for r in rows if r[0] == metric)]
         line = markdown_table(("",) * 5, [cells])[-1]
         blocks.append(("table", "\n".join([*table, line]) if not blocks else line))
+    blocks += [("kept note", f"\n_{note}_") for note in _failed_note(diff)]  # under the table
     order = {name: i for i, name in enumerate(_by_change(diff))}
     for number, (heading, items) in enumerate(_grouped(diff)):
         items = sorted(items, key=lambda i: order.get(i["lens"], len(order)))
@@ -338,7 +356,8 @@ def _left_out(diff: dict[str, Any], blocks: list[tuple[str, str]], kept: list[bo
     ]
     reports = diff.get("reports", {"base": "BASE.json", "head": "HEAD.json"})
     logs = "--logs " * bool(diff.get("logs"))
-    command = code(f"llm-ledger diff {logs}--format json {reports['base']} {reports['head']}")
+    paths = " ".join(shlex.quote(reports[side]) for side in ("base", "head"))  # a glob of shards: quoted
+    command = code(f"llm-ledger diff {logs}--format json {paths}")
     return (
         f"_To fit in a GitHub comment, this leaves out {', '.join(what[:-1])}{' and ' * (len(what) > 1)}"
         f"{what[-1]} (the smallest changes). The whole diff: {command}._"
@@ -352,6 +371,7 @@ def _text(diff: dict[str, Any]) -> str:
         lines.append(title + _mark(row, plain))
         lines += text_table(_HEADERS, rows, indent="  ")
         lines += [f"  {note}" for note in _notes(row, plain)]
+    lines += _failed_note(diff)
     for heading, items in _grouped(diff):
         lines.append(f"{heading}:")
         lines += [f"  {_increase(item, plain)}" for item in items]
