@@ -157,7 +157,7 @@ def test_a_run_stopped_before_it_began_leaves_the_environment_as_it_was(
         pytester.makeconftest("raise ImportError('no such module')\n")
     result = run(pytester, *(["--no-such-flag"] if stop == "flag" else []))
 
-    assert result.ret in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "OPENAI_API_KEY" not in os.environ
     assert os.environ["LLM_LEDGER_LOG_DIR"] == "/app/logs"
 
