@@ -97,8 +97,12 @@ def _begin(
         extra = options.extra_json
         sent = {**body, **extra} if extra and isinstance(extra, Mapping) else body
         request = request_shape(operation, sent, stream=stream)
-        headers = options.headers  # NotGiven when none: its ABC check or __bool__ would run Python code
-        raw = headers.get(_RAW_HEADER) if hasattr(headers, "get") and isinstance(headers, Mapping) else None
+        headers = options.headers  # NotGiven, or with_raw_response's dict: an ABC check runs Python code
+        raw = (
+            headers.get(_RAW_HEADER)
+            if hasattr(headers, "get") and (type(headers) is dict or isinstance(headers, Mapping))
+            else None
+        )
         # ask a stream for usage on the caller's behalf, unless the caller reads the HTTP body itself
         # (only the SDK's parsed chunks can hide the usage asked for) or said include_usage: False.
         # with_raw_response's is asked: its callers parse() it (LangChain, header readers), and one
@@ -139,7 +143,7 @@ def _begin_later(
     if not (cancel or (method == "get" and "/" not in rest)):
         return None  # a delete, input items, an input token count...
     try:
-        headers = options.headers  # NotGiven when none: its ABC check or __bool__ would run Python code
+        headers = options.headers
         raw = headers.get(_RAW_HEADER) if isinstance(headers, Mapping) else None
         shape = request_shape("responses", {}, stream=stream)
         # made in an empty context: counted in no lens run unless it sees the end (a poll counts nowhere)

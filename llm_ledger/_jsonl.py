@@ -781,7 +781,8 @@ def handle_sigterm_signal(on: bool) -> None:
             # also in a multiprocessing child whose own handler is there already: a `uvicorn --workers`
             # worker (spawned by multiprocessing) installs uvicorn's before it imports the application
             signal.signal(signal.SIGTERM, _PassOn(current))
-        elif (not on or child) and ours:
+        # (a multiprocessing child keeps a wrapper: configure() called again there must not take it off)
+        elif ours and (not on or (child and current is _on_sigterm)):
             signal.signal(signal.SIGTERM, current.handler if type(current) is _PassOn else signal.SIG_DFL)
     except ValueError:  # not the main thread (or not the main interpreter), installing or taking out
         if on:

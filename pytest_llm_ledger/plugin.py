@@ -209,6 +209,9 @@ def pytest_load_initial_conftests(
         )
     early_config.stash[_ENVIRON] = pytest.MonkeyPatch()
     early_config.stash[_ENVIRON].setenv("LLM_LEDGER_LOG_DIR", log_dir)
+    # also when the run stops before pytest_configure (a conftest.py that fails to import, a misspelt
+    # flag), which calls no pytest_unconfigure: a later session of the process must not inherit them
+    early_config.add_cleanup(lambda: _restore_environ(early_config))
     # and a client the application builds at import needs a key (an unknown mode is refused later)
     mode = getattr(early_config.known_args_namespace, "llm_record_mode", None) or early_config.getini(
         "llm_record_mode"
@@ -697,13 +700,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_ControllerHooks(state), "llm_ledger_controller")
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def _restore_environ(config: pytest.Config) -> None:
+    """Take back LLM_LEDGER_LOG_DIR and the placeholder key, as the session found them (once)."""
     if _ENVIRON in config.stash:
         config.stash[_ENVIRON].undo()
         del config.stash[_ENVIRON]
-    # also after a usage error, which leaves no state
     if config.stash.get(_PLACEHOLDER, False) and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
         del os.environ["OPENAI_API_KEY"]
+    config.stash[_PLACEHOLDER] = False
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _restore_environ(config)  # also after a usage error, which leaves no state
     state = config.stash.get(_STATE, None)
     if state is None:
         return

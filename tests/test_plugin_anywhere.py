@@ -142,6 +142,26 @@ def test_a_run_stopped_by_a_usage_error_leaves_no_placeholder_key(pytester: pyte
     assert "OPENAI_API_KEY" not in os.environ
 
 
+@pytest.mark.usefixtures("no_key")
+@pytest.mark.parametrize("stop", ["conftest", "flag"])
+def test_a_run_stopped_before_it_began_leaves_the_environment_as_it_was(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """A run stopped before its session began (a conftest.py that fails to import, a misspelt flag:
+    pytest calls no pytest_unconfigure then) takes away the placeholder key and LLM_LEDGER_LOG_DIR it
+    set before conftest.py files were imported: a later pytest.main() in the process records with the
+    user's own settings, not the placeholder key."""
+    monkeypatch.setenv("LLM_LEDGER_LOG_DIR", "/app/logs")
+    write_project(pytester, KEY_CHECK)
+    if stop == "conftest":
+        pytester.makeconftest("raise ImportError('no such module')\n")
+    result = run(pytester, *(["--no-such-flag"] if stop == "flag" else []))
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "OPENAI_API_KEY" not in os.environ
+    assert os.environ["LLM_LEDGER_LOG_DIR"] == "/app/logs"
+
+
 KEY_CHECK = """
 import os
 

@@ -247,9 +247,11 @@ if __name__ == "__main__":
 """
 
 
-def _served(command: list[str], tmp_path: Path, fake_openai: FakeOpenAI) -> subprocess.Popen[bytes]:
-    """``command`` run in tmp_path, serving _UVICORN_APP, in a process group of its own."""
-    (tmp_path / "app.py").write_text(_UVICORN_APP)
+def _served(
+    command: list[str], tmp_path: Path, fake_openai: FakeOpenAI, app: str = _UVICORN_APP
+) -> subprocess.Popen[bytes]:
+    """``command`` run in tmp_path, serving ``app``, in a process group of its own."""
+    (tmp_path / "app.py").write_text(app)
     env = child_env(APP_LOG_DIR=str(tmp_path), APP_BASE_URL=fake_openai.base_url)
     return subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
@@ -263,18 +265,24 @@ def _stop_group(server: subprocess.Popen[bytes]) -> None:
     server.communicate(timeout=60)
 
 
-def test_a_uvicorn_worker_stopped_by_sigterm_loses_no_record(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+@pytest.mark.parametrize("configured", ["once", "twice"])
+def test_a_uvicorn_worker_stopped_by_sigterm_loses_no_record(
+    fake_openai: FakeOpenAI, tmp_path: Path, configured: str
+) -> None:
     """A `uvicorn --workers` worker stopped by SIGTERM right after its calls, while another process
     writes the file (its lock held): every record is written. The worker is a multiprocessing child
     that installs uvicorn's handler before importing the application, which the ledger took for a pool
     worker: it left that handler unwrapped, uvicorn ended by raising SIGTERM with its default action,
     and the lines waiting for the lock died with the worker (37 of 180 in a trial service, two workers
-    stopped two seconds after their last request)."""
+    stopped two seconds after their last request). Also when the application calls configure() again
+    (the same settings), which took the wrapper off again."""
     log = tmp_path / "llm_calls.jsonl"
     log.touch()
     (tmp_path / "serve.py").write_text(_SPAWNED_UVICORN_WORKER)
+    again = "llm_ledger.configure(log_dir=os.environ['APP_LOG_DIR'])\n" if configured == "twice" else ""
+    app = _UVICORN_APP.replace("\nclient = ", f"\n{again}client = ")
     other = os.open(log, os.O_RDWR)  # another writer's descriptor: its lock excludes the worker's
-    server = _served([sys.executable, "serve.py", str(tmp_path / "app.sock")], tmp_path, fake_openai)
+    server = _served([sys.executable, "serve.py", str(tmp_path / "app.sock")], tmp_path, fake_openai, app)
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
         worker = int(_said(server))

@@ -161,12 +161,17 @@ def _release() -> None:
 
 def _shut_down(provider: Any) -> bool:
     """Whether the SDK meter ``provider`` (None: the global one) is shut down, or shutting down: a
-    collection now is its last (the flag is set before its readers collect a last time)."""
+    collection now is its last (the flag is set before its readers collect a last time). A tracer
+    provider has no flag: one whose batch span processor is ``done`` (an older SDK's, 1.32's, whose
+    ``force_flush`` then warns "Already shutdown"; a newer one's returns without a word)."""
     if provider is None:
         from opentelemetry import metrics
 
         provider = metrics.get_meter_provider()
-    return bool(getattr(provider, "_shutdown", False))
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    return bool(getattr(provider, "_shutdown", False)) or any(
+        getattr(p, "done", False) is True for p in processors
+    )
 
 
 def _providers(*, meters: bool) -> list[Any]:
