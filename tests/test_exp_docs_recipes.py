@@ -80,6 +80,16 @@ def _metric_names(receiver: Receiver) -> set[str]:
     }
 
 
+def _span_names(receiver: Receiver) -> set[str]:
+    return {
+        span.name
+        for body in receiver.bodies.get("/v1/traces", [])
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    }
+
+
 def test_the_otlp_recipe_sends_spans_and_metrics_to_the_endpoint_in_the_environment(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -113,14 +123,7 @@ def test_the_otlp_recipe_exports_everything_when_the_service_is_stopped_by_sigte
     app = _service(fake_openai, "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\n")
     done, receiver = _received(app, tmp_path, LLM_LEDGER_LOG_DIR=log_dir)
     assert done.returncode == -15, done.stderr
-    spans = {
-        span.name
-        for body in receiver.bodies.get("/v1/traces", [])
-        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    }
-    assert spans == {"lens checkout_summary", "chat gpt-4o-mini"}
+    assert _span_names(receiver) == {"lens checkout_summary", "chat gpt-4o-mini"}
     assert {"gen_ai.client.token.usage", "llm_ledger.cost"} <= _metric_names(receiver)
 
 
@@ -187,14 +190,7 @@ def test_the_otlp_recipe_under_uvicorn_shut_down_in_its_lifespan_exports_once_wi
         receiver.server_close()
     assert server.returncode == -signal.SIGTERM, stderr
     assert "already shutdown" not in stderr.lower(), stderr
-    spans = {
-        span.name
-        for body in receiver.bodies.get("/v1/traces", [])
-        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    }
-    assert spans == {"lens checkout_summary", "chat gpt-4o-mini"}
+    assert _span_names(receiver) == {"lens checkout_summary", "chat gpt-4o-mini"}
     assert {"gen_ai.client.token.usage", "llm_ledger.cost"} <= _metric_names(receiver)
 
 
