@@ -32,6 +32,18 @@ def _opener(operation: str, kwargs: dict[str, Any]) -> Any:
     return open_stream
 
 
+def _chat_opener(path: str, kwargs: dict[str, Any], headers: dict[str, str]) -> Any:
+    """A chat stream opened by ``create`` or through ``with_raw_response``'s ``parse()``."""
+
+    async def open_stream(c: Any) -> Any:
+        if path == "create":
+            return await _maybe(c.chat.completions.create(**kwargs, stream=True, extra_headers=headers))
+        raw = c.chat.completions.with_raw_response.create(**kwargs, stream=True, extra_headers=headers)
+        return (await _maybe(raw)).parse()
+
+    return open_stream
+
+
 async def _chunks(
     client: Any, operation: str, kwargs: dict[str, Any], is_async: bool
 ) -> list[dict[str, Any]]:
@@ -134,11 +146,7 @@ async def test_usage_the_server_sends_unasked_reaches_the_caller(
     caller gets it there, as from the bare SDK; the ledger hides only what it asked for."""
     _, kwargs = REQUESTS["chat"]
 
-    async def open_stream(c: Any) -> Any:
-        if path == "create":
-            return await _maybe(c.chat.completions.create(**kwargs, stream=True, extra_headers=MISTRAL))
-        raw = c.chat.completions.with_raw_response.create(**kwargs, stream=True, extra_headers=MISTRAL)
-        return (await _maybe(raw)).parse()
+    open_stream = _chat_opener(path, kwargs, MISTRAL)
 
     bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
     watched = await stream_chunks(open_stream, aclient if is_async else client, is_async)
@@ -165,11 +173,7 @@ async def test_a_server_that_streams_usage_unasked_is_not_asked_for_it(
     chunk as from the bare SDK, and the record still has the usage and a cost."""
     kwargs = {"model": "kimi-k2-0905-preview", "messages": [{"role": "user", "content": "Tell me a tale"}]}
 
-    async def open_stream(c: Any) -> Any:
-        if path == "create":
-            return await _maybe(c.chat.completions.create(**kwargs, stream=True, extra_headers=MOONSHOT))
-        raw = c.chat.completions.with_raw_response.create(**kwargs, stream=True, extra_headers=MOONSHOT)
-        return (await _maybe(raw)).parse()
+    open_stream = _chat_opener(path, kwargs, MOONSHOT)
 
     bare = await bare_stream_chunks(open_stream, fake_openai, is_async)
     kimi: Any = (async_provider_client if is_async else provider_client)(
